@@ -1,0 +1,260 @@
+// Two-phase-partition decode attention on the CPU, instantiated once per instruction set by
+// decode_attention_avx2.cpp and decode_attention_generic.cpp (namespace CHUNKATTN_CPU_ISA).
+//
+// Both phases share one routine, attend_chunk: a block of up to 4 query rows against one chunk.
+// Scores are dot products read straight from the pool (converted to fp32 on the fly), softmax is
+// online (running max m, running sum l, unnormalised accumulator acc), and P·V is an outer-product
+// update of 4 rows x 16 dims held in registers. In the chunk-first phase, every row of every
+// sequence under a shared chunk runs against that chunk while it is hot in cache, so its K/V is
+// read from memory once per item instead of once per sequence.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../decode_plan.h"
+#include "vec8.h"
+
+namespace chunkattn::cpu::CHUNKATTN_CPU_ISA {
+
+constexpr int kRowBlock = 4;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Geometry {
+  int head_dim, chunk_size, num_kv_heads, num_heads, group;
+  int64_t token_stride;  // elements between consecutive tokens of one head: num_kv_heads * head_dim
+  int64_t chunk_stride;  // elements between chunks: chunk_size * token_stride
+  float scale;
+};
+
+// Online-softmax state of up to kRowBlock rows: m, l and acc [rows][head_dim].
+struct RowsState {
+  float* m;
+  float* l;
+  float* acc;
+};
+
+// rows (<= kRowBlock) query rows q [rows][D] against n tokens of one chunk of one kv head.
+template <int R, typename KV>
+void attend_chunk(const Geometry& g, const float* q, const KV* k, const KV* v, int n, float k_scale,
+                  float v_scale, RowsState st, float* s /* [R][chunk_size rounded up to 8] */) {
+  const int D = g.head_dim;
+  const int s_stride = (g.chunk_size + 7) & ~7;
+  // scores: s[r][t] = scale * <q_r, k_t>
+  for (int t = 0; t < n; ++t) {
+    const KV* kt = k + t * g.token_stride;
+    v8f a[R];
+    for (int r = 0; r < R; ++r) a[r] = splat(0.0f);
+    for (int d = 0; d < D; d += 8) {
+      const v8f kb = load8(kt + d);
+      for (int r = 0; r < R; ++r) a[r] += load8(q + r * D + d) * kb;
+    }
+    for (int r = 0; r < R; ++r) s[r * s_stride + t] = hsum(a[r]) * g.scale * k_scale;
+  }
+  // online softmax: p = exp(s - m_new), rescale previous acc and l by exp(m_old - m_new)
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * s_stride;
+    float mx = kNegInf;
+    for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t]);
+    for (int t = n; t < ((n + 7) & ~7); ++t) sr[t] = kNegInf;
+    const float m_new = std::max(st.m[r], mx);
+    const float alpha = st.m[r] == kNegInf ? 0.0f : std::exp(st.m[r] - m_new);
+    v8f sum = splat(0.0f);
+    for (int t = 0; t < n; t += 8) {
+      v8f p = exp8(load8(sr + t) - splat(m_new));
+      sum += p;
+      store8(sr + t, p * splat(v_scale));
+    }
+    st.l[r] = st.l[r] * alpha + hsum(sum);
+    st.m[r] = m_new;
+    if (alpha != 1.0f) {
+      float* acc = st.acc + r * D;
+      for (int d = 0; d < D; d += 8) store8(acc + d, load8(acc + d) * splat(alpha));
+    }
+  }
+  // acc[r][:] += sum_t p[r][t] * v_t, 16 dims at a time in registers
+  for (int d = 0; d < D; d += 16) {
+    v8f o0[R], o1[R];
+    for (int r = 0; r < R; ++r) {
+      o0[r] = load8(st.acc + r * D + d);
+      o1[r] = load8(st.acc + r * D + d + 8);
+    }
+    for (int t = 0; t < n; ++t) {
+      const KV* vt = v + t * g.token_stride + d;
+      const v8f v0 = load8(vt), v1 = load8(vt + 8);
+      for (int r = 0; r < R; ++r) {
+        const v8f p = splat(s[r * s_stride + t]);
+        o0[r] += p * v0;
+        o1[r] += p * v1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store8(st.acc + r * D + d, o0[r]);
+      store8(st.acc + r * D + d + 8, o1[r]);
+    }
+  }
+}
+
+// Runs `rows` rows (any count) over a list of chunks holding num_tokens tokens of kv head kv_head.
+template <typename KV>
+void attend_chunks(const Geometry& g, const KvPoolView& pool, int kv_head, const float* q, int rows,
+                   const int32_t* chunk_ids, int num_chunks, int num_tokens, RowsState st, float* s) {
+  const KV* k_pool = static_cast<const KV*>(pool.k);
+  const KV* v_pool = static_cast<const KV*>(pool.v);
+  const int D = g.head_dim;
+  for (int c = 0; c < num_chunks; ++c) {
+    const int32_t chunk = chunk_ids[c];
+    const int n = std::min(g.chunk_size, num_tokens - c * g.chunk_size);
+    if (n <= 0) break;
+    const int64_t base = chunk * g.chunk_stride + static_cast<int64_t>(kv_head) * D;
+    float k_scale = 1.0f, v_scale = 1.0f;
+    if (pool.k_scale != nullptr) {
+      k_scale = pool.k_scale[static_cast<int64_t>(chunk) * g.num_kv_heads + kv_head];
+      v_scale = pool.v_scale[static_cast<int64_t>(chunk) * g.num_kv_heads + kv_head];
+    }
+    for (int r0 = 0; r0 < rows; r0 += kRowBlock) {
+      RowsState sub{st.m + r0, st.l + r0, st.acc + static_cast<int64_t>(r0) * D};
+      const float* qr = q + static_cast<int64_t>(r0) * D;
+      switch (std::min(kRowBlock, rows - r0)) {
+        case 4: attend_chunk<4>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
+        case 3: attend_chunk<3>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
+        case 2: attend_chunk<2>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
+        default: attend_chunk<1>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
+      }
+    }
+  }
+}
+
+template <typename QT>
+void load_row(const QT* src, float* dst, int D) {
+  if constexpr (std::is_same_v<QT, float>) {
+    std::copy(src, src + D, dst);
+  } else {
+    for (int d = 0; d < D; d += 8) store8(dst + d, load8(src + d));
+  }
+}
+
+inline void reset(RowsState st, int rows, int D) {
+  std::fill(st.m, st.m + rows, kNegInf);
+  std::fill(st.l, st.l + rows, 0.0f);
+  std::fill(st.acc, st.acc + static_cast<int64_t>(rows) * D, 0.0f);
+}
+
+// Folds a normalised partial result (o, lse) into an online-softmax row.
+inline void merge_partial(float& m, float& l, float* acc, const float* o, float lse, int D) {
+  if (lse == kNegInf) return;
+  const float m_new = std::max(m, lse);
+  const float a = m == kNegInf ? 0.0f : std::exp(m - m_new);
+  const float b = std::exp(lse - m_new);
+  for (int d = 0; d < D; d += 8) store8(acc + d, load8(acc + d) * splat(a) + load8(o + d) * splat(b));
+  l = l * a + b;
+  m = m_new;
+}
+
+template <typename QT, typename KV>
+int decode(const KvPoolView& pool, const DecodePlanView& plan, const DecodeProblem& prob, int num_threads) {
+  Geometry g;
+  g.head_dim = pool.head_dim;
+  g.chunk_size = pool.chunk_size;
+  g.num_kv_heads = pool.num_kv_heads;
+  g.num_heads = prob.num_heads;
+  g.group = prob.num_heads / pool.num_kv_heads;
+  g.token_stride = static_cast<int64_t>(pool.num_kv_heads) * pool.head_dim;
+  g.chunk_stride = g.token_stride * pool.chunk_size;
+  g.scale = prob.scale;
+  const int D = g.head_dim, G = g.group, H = g.num_heads;
+  const QT* q = static_cast<const QT*>(prob.q);
+  QT* out = static_cast<QT*>(prob.out);
+  const int s_stride = (g.chunk_size + 7) & ~7;
+  const int max_rows = std::max(G, plan.max_item_seqs * G);
+  const int num_item_units = plan.num_items * g.num_kv_heads;
+  const int num_seq_units = plan.num_seqs * g.num_kv_heads;
+
+#pragma omp parallel num_threads(num_threads)
+  {
+    std::vector<float> qbuf(static_cast<size_t>(max_rows) * D), acc(static_cast<size_t>(max_rows) * D);
+    std::vector<float> m(max_rows), l(max_rows), s(static_cast<size_t>(kRowBlock) * s_stride);
+    RowsState st{m.data(), l.data(), acc.data()};
+
+    // Phase 1, chunk-first: each (item, kv head) runs all rows of all its sequences.
+#pragma omp for schedule(dynamic, 1)
+    for (int unit = 0; unit < num_item_units; ++unit) {
+      const int item = unit / g.num_kv_heads, kv_head = unit % g.num_kv_heads;
+      const int seq_begin = plan.item_seq_begin[item], seq_end = plan.item_seq_end[item];
+      const int rows = (seq_end - seq_begin) * G;
+      for (int sq = seq_begin; sq < seq_end; ++sq) {
+        for (int j = 0; j < G; ++j) {
+          const int64_t row = (sq - seq_begin) * G + j;
+          load_row(q + (static_cast<int64_t>(sq) * H + kv_head * G + j) * D, qbuf.data() + row * D, D);
+        }
+      }
+      reset(st, rows, D);
+      const int32_t first = plan.item_chunk_offset[item];
+      attend_chunks<KV>(g, pool, kv_head, qbuf.data(), rows, plan.item_chunk_ids + first,
+                        plan.item_chunk_offset[item + 1] - first, plan.item_num_tokens[item], st, s.data());
+      for (int sq = seq_begin; sq < seq_end; ++sq) {
+        const int64_t prow = plan.item_partial_offset[item] + sq - seq_begin;
+        for (int j = 0; j < G; ++j) {
+          const int row = (sq - seq_begin) * G + j, h = kv_head * G + j;
+          float* o = prob.partial_o + (prow * H + h) * D;
+          const float inv = l[row] > 0.0f ? 1.0f / l[row] : 0.0f;
+          for (int d = 0; d < D; ++d) o[d] = acc[static_cast<int64_t>(row) * D + d] * inv;
+          prob.partial_lse[prow * H + h] = l[row] > 0.0f ? m[row] + std::log(l[row]) : kNegInf;
+        }
+      }
+    }
+
+    // Phase 2, sequence-first: each (sequence, kv head) runs its private chunks, then merges.
+#pragma omp for schedule(dynamic, 4)
+    for (int unit = 0; unit < num_seq_units; ++unit) {
+      const int sq = unit / g.num_kv_heads, kv_head = unit % g.num_kv_heads;
+      for (int j = 0; j < G; ++j) {
+        load_row(q + (static_cast<int64_t>(sq) * H + kv_head * G + j) * D, qbuf.data() + j * D, D);
+      }
+      reset(st, G, D);
+      const int32_t first = plan.seq_chunk_offset[sq];
+      attend_chunks<KV>(g, pool, kv_head, qbuf.data(), G, plan.seq_chunk_ids + first,
+                        plan.seq_chunk_offset[sq + 1] - first, plan.seq_num_tokens[sq], st, s.data());
+      for (int p = plan.seq_partial_offset[sq]; p < plan.seq_partial_offset[sq + 1]; ++p) {
+        const int64_t prow = plan.seq_partial_rows[p];
+        for (int j = 0; j < G; ++j) {
+          const int h = kv_head * G + j;
+          merge_partial(m[j], l[j], acc.data() + j * D, prob.partial_o + (prow * H + h) * D,
+                        prob.partial_lse[prow * H + h], D);
+        }
+      }
+      for (int j = 0; j < G; ++j) {
+        QT* o = out + (static_cast<int64_t>(sq) * H + kv_head * G + j) * D;
+        const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
+        for (int d = 0; d < D; ++d) from_float(acc[j * D + d] * inv, o + d);
+      }
+    }
+  }
+  return kOk;
+}
+
+inline int decode_attention(DType q_dtype, DType kv_dtype, const KvPoolView& pool, const DecodePlanView& plan,
+                            const DecodeProblem& prob, int num_threads) {
+  if (pool.head_dim % 16 != 0 || pool.head_dim <= 0) return kUnsupportedHeadDim;
+  if (pool.chunk_size <= 0) return kUnsupportedChunkSize;
+  if (pool.num_kv_heads <= 0 || prob.num_heads % pool.num_kv_heads != 0) return kBadShape;
+  const bool int8 = kv_dtype == DType::kInt8;
+  if (!int8 && kv_dtype != q_dtype) return kUnsupportedDType;
+  if (int8 && (pool.k_scale == nullptr || pool.v_scale == nullptr)) return kBadShape;
+  switch (q_dtype) {
+    case DType::kFloat32:
+      return int8 ? decode<float, int8_t>(pool, plan, prob, num_threads) : decode<float, float>(pool, plan, prob, num_threads);
+    case DType::kFloat16:
+      return int8 ? decode<fp16_t, int8_t>(pool, plan, prob, num_threads) : decode<fp16_t, fp16_t>(pool, plan, prob, num_threads);
+    case DType::kBFloat16:
+      return int8 ? decode<bf16_t, int8_t>(pool, plan, prob, num_threads) : decode<bf16_t, bf16_t>(pool, plan, prob, num_threads);
+    default:
+      return kUnsupportedDType;
+  }
+}
+
+}  // namespace chunkattn::cpu::CHUNKATTN_CPU_ISA
