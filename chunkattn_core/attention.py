@@ -302,16 +302,20 @@ class ChunkAttention:
 
     def _write_quantized(self, pool: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
         # pool: [N, C, Hkv, D] int8, scale: [N, Hkv]; one symmetric scale per (chunk, kv head).
-        # A chunk's scale only grows; when it does, the tokens already in the chunk are requantised.
+        # A chunk's scale only grows, at least doubling each time, and the tokens already in the chunk
+        # are requantised then: the rounding errors of all requantisations sum to at most one final
+        # scale step (s/2 + s/4 + ...), however many times a chunk grows.
         x = x.float()
         chunks, inverse = torch.unique(slots // self.chunk_size, return_inverse=True)
         amax = torch.zeros((chunks.numel(), self.num_kv_heads), dtype=torch.float32, device=x.device)
-        amax.index_reduce_(0, inverse, x.abs().amax(-1), "amax")
+        amax.scatter_reduce_(0, inverse[:, None].expand(-1, self.num_kv_heads), x.abs().amax(-1), "amax")
         restarted = torch.zeros(chunks.numel(), dtype=torch.bool, device=x.device)
         restarted[inverse[slots % self.chunk_size == 0]] = True  # first write of a (re)allocated chunk
         old = torch.where(restarted[:, None], torch.zeros_like(amax), scale[chunks])
-        new = torch.maximum(old, amax / 127.0)
-        grown = ((new > old) & (old > 0)).any(-1)
+        needed = amax / 127.0
+        grown_head = (needed > old) & (old > 0)
+        new = torch.where(grown_head, torch.maximum(needed, 2 * old), torch.maximum(old, needed))
+        grown = grown_head.any(-1)
         if grown.any():
             ids = chunks[grown]
             ratio = (old[grown] / new[grown])[:, None, :, None]
