@@ -91,7 +91,8 @@ class ChunkAttention:
         self.max_item_chunks = max_item_chunks or (4 if self.device.type == "cuda" else 8)
         self._tree = _C.PrefixTree(chunk_size, max_chunks, share_prefix)
         store = torch.int8 if self.quantized else dtype
-        shape = (num_layers, max_chunks, chunk_size, num_kv_heads, head_dim)
+        # [L, chunk, kv head, token, dim]: each (chunk, kv head) is one contiguous block for the kernels
+        shape = (num_layers, max_chunks, num_kv_heads, chunk_size, head_dim)
         self.k_pool = torch.zeros(shape, dtype=store, device=self.device)
         self.v_pool = torch.zeros(shape, dtype=store, device=self.device)
         if self.quantized:
@@ -202,9 +203,9 @@ class ChunkAttention:
             self._write_quantized(self.k_pool[layer], self.k_scale[layer], slots, k)
             self._write_quantized(self.v_pool[layer], self.v_scale[layer], slots, v)
             return
-        flat = (-1, self.num_kv_heads, self.head_dim)
-        self.k_pool[layer].view(flat).index_copy_(0, slots, k.to(self.dtype))
-        self.v_pool[layer].view(flat).index_copy_(0, slots, v.to(self.dtype))
+        chunks, offsets = slots // self.chunk_size, slots % self.chunk_size
+        self.k_pool[layer][chunks, :, offsets] = k.to(self.dtype)
+        self.v_pool[layer][chunks, :, offsets] = v.to(self.dtype)
 
     def gather_kv(self, sid: int, end: int, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of positions [0, end) of a sequence, [end, Hkv, D] in self.dtype."""
@@ -294,14 +295,15 @@ class ChunkAttention:
         return self._plan_on_device
 
     def _gather(self, pool: torch.Tensor, scale_name: str, slots: torch.Tensor, layer: int) -> torch.Tensor:
-        values = pool[layer].view(-1, self.num_kv_heads, self.head_dim)[slots]
+        chunks = slots // self.chunk_size
+        values = pool[layer][chunks, :, slots % self.chunk_size]  # [n, Hkv, D]
         if not self.quantized:
             return values
-        scale = getattr(self, scale_name)[layer][slots // self.chunk_size]  # [n, Hkv]
+        scale = getattr(self, scale_name)[layer][chunks]  # [n, Hkv]
         return (values.float() * scale[:, :, None]).to(self.dtype)
 
     def _write_quantized(self, pool: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
-        # pool: [N, C, Hkv, D] int8, scale: [N, Hkv]; one symmetric scale per (chunk, kv head).
+        # pool: [N, Hkv, C, D] int8, scale: [N, Hkv]; one symmetric scale per (chunk, kv head).
         # A chunk's scale only grows, at least doubling each time, and the tokens already in the chunk
         # are requantised then: the rounding errors of all requantisations sum to at most one final
         # scale step (s/2 + s/4 + ...), however many times a chunk grows.
@@ -318,9 +320,9 @@ class ChunkAttention:
         grown = grown_head.any(-1)
         if grown.any():
             ids = chunks[grown]
-            ratio = (old[grown] / new[grown])[:, None, :, None]
+            ratio = (old[grown] / new[grown])[:, :, None, None]
             pool[ids] = (pool[ids].float() * ratio).round_().clamp_(-127, 127).to(torch.int8)
         scale[chunks] = new
         safe = torch.where(new > 0, new, torch.ones_like(new))[inverse]  # [n, Hkv]
         quantized = (x / safe[:, :, None]).round_().clamp_(-127, 127).to(torch.int8)
-        pool.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, quantized)
+        pool[slots // self.chunk_size, :, slots % self.chunk_size] = quantized

@@ -41,9 +41,9 @@ void decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool, const
                       torch::Tensor& partial_o, torch::Tensor& partial_lse, double scale, int64_t num_threads) {
   TORCH_CHECK(q.dim() == 3, "decode: q must be [num_seqs, num_heads, head_dim], got ", q.sizes());
   TORCH_CHECK(k_pool.dim() == 4 && v_pool.sizes() == k_pool.sizes(),
-              "decode: k_pool and v_pool must both be [num_chunks, chunk_size, num_kv_heads, head_dim]");
+              "decode: k_pool and v_pool must both be [num_chunks, num_kv_heads, chunk_size, head_dim]");
   const int64_t num_seqs = q.size(0), num_heads = q.size(1), head_dim = q.size(2);
-  const int64_t chunk_size = k_pool.size(1), num_kv_heads = k_pool.size(2);
+  const int64_t num_kv_heads = k_pool.size(1), chunk_size = k_pool.size(2);
   TORCH_CHECK(num_seqs == plan.num_seqs, "decode: q has ", num_seqs, " rows but the tree holds ", plan.num_seqs,
               " sequences");
   TORCH_CHECK(k_pool.size(3) == head_dim, "decode: head_dim of q (", head_dim, ") and pool (", k_pool.size(3),

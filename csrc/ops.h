@@ -8,7 +8,7 @@
 
 namespace chunkattn {
 
-// q, out: [num_seqs, H, D] in decode order; k_pool, v_pool: one layer, [num_chunks, C, Hkv, D];
+// q, out: [num_seqs, H, D] in decode order; k_pool, v_pool: one layer, [num_chunks, Hkv, C, D];
 // k_scale, v_scale: [num_chunks, Hkv] fp32 for int8 pools; plan_packed: the plan's packed arrays on
 // q's device (CUDA; may be undefined on the CPU, where plan.packed is read directly);
 // partial_o: [>= plan.num_partial_rows, H, D] fp32; partial_lse: [>= plan.num_partial_rows, H] fp32.

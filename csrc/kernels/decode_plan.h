@@ -9,9 +9,10 @@
 
 namespace chunkattn {
 
-// Layout of one layer of the KV pool: [num_chunks, chunk_size, num_kv_heads, head_dim] for K and
-// for V, contiguous. Token t of chunk c, kv head g starts at ((c * chunk_size + t) * num_kv_heads + g)
-// * head_dim. INT8 pools carry one float scale per (chunk, kv head): scale[c * num_kv_heads + g].
+// Layout of one layer of the KV pool: [num_chunks, num_kv_heads, chunk_size, head_dim] for K and
+// for V, contiguous, so each (chunk, kv head) is one contiguous chunk_size x head_dim block. Token t
+// of chunk c, kv head g starts at ((c * num_kv_heads + g) * chunk_size + t) * head_dim.
+// INT8 pools carry one float scale per (chunk, kv head): scale[c * num_kv_heads + g].
 struct KvPoolView {
   const void* k = nullptr;
   const void* v = nullptr;

@@ -1,12 +1,12 @@
 // Two-phase-partition decode attention on the CPU, instantiated once per instruction set by
 // decode_attention_avx2.cpp and decode_attention_generic.cpp (namespace CHUNKATTN_CPU_ISA).
 //
-// Both phases share one routine, attend_chunk: a block of up to 4 query rows against one chunk.
-// Scores are dot products read straight from the pool (converted to fp32 on the fly), softmax is
-// online (running max m, running sum l, unnormalised accumulator acc), and P·V is an outer-product
-// update of 4 rows x 16 dims held in registers. In the chunk-first phase, every row of every
-// sequence under a shared chunk runs against that chunk while it is hot in cache, so its K/V is
-// read from memory once per item instead of once per sequence.
+// Each phase runs blocks of query rows against one chunk at a time: scores, online softmax (running
+// max m, running sum l, unnormalised accumulator acc) and an outer-product P·V update held in
+// registers. The sequence-first phase (a chunk serves the G query heads of one sequence) reads K/V
+// in place; the chunk-first phase (a shared chunk serves every row of every sequence under it)
+// converts the chunk to fp32 once, K transposed, and runs all row blocks against it while it is hot
+// in cache, so a shared chunk is read from memory once per item instead of once per sequence.
 #pragma once
 
 #include <omp.h>
@@ -21,13 +21,15 @@
 
 namespace chunkattn::cpu::CHUNKATTN_CPU_ISA {
 
-constexpr int kRowBlock = 4;
+constexpr int kRowBlock = 4;      // rows of the in-place (sequence-first) path
+constexpr int kMaxRowBlock = 6;   // rows of the buffered micro-kernel: 12 accumulators + 2 loads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Geometry {
   int head_dim, chunk_size, num_kv_heads, num_heads, group;
-  int64_t token_stride;  // elements between consecutive tokens of one head: num_kv_heads * head_dim
-  int64_t chunk_stride;  // elements between chunks: chunk_size * token_stride
+  int64_t token_stride;  // elements between consecutive tokens of one head: head_dim
+  int64_t head_stride;   // elements between the kv heads of one chunk: chunk_size * head_dim
+  int64_t chunk_stride;  // elements between chunks: num_kv_heads * head_stride
   float scale;
 };
 
@@ -38,13 +40,13 @@ struct RowsState {
   float* acc;
 };
 
-// rows (<= kRowBlock) query rows q [rows][D] against n tokens of one chunk of one kv head.
+// ---- one block of R rows against one chunk: scores, online softmax, P·V ------------------------
+
+// Scores from K read straight from the pool, one dot product per (row, token): the sequence-first
+// path, where a chunk serves only the G query heads of one sequence.
 template <int R, typename KV>
-void attend_chunk(const Geometry& g, const float* q, const KV* k, const KV* v, int n, float k_scale,
-                  float v_scale, RowsState st, float* s /* [R][chunk_size rounded up to 8] */) {
+void scores_direct(const Geometry& g, const float* q, const KV* k, int n, float k_scale, float* s, int lds) {
   const int D = g.head_dim;
-  const int s_stride = (g.chunk_size + 7) & ~7;
-  // scores: s[r][t] = scale * <q_r, k_t>
   for (int t = 0; t < n; ++t) {
     const KV* kt = k + t * g.token_stride;
     v8f a[R];
@@ -53,11 +55,40 @@ void attend_chunk(const Geometry& g, const float* q, const KV* k, const KV* v, i
       const v8f kb = load8(kt + d);
       for (int r = 0; r < R; ++r) a[r] += load8(q + r * D + d) * kb;
     }
-    for (int r = 0; r < R; ++r) s[r * s_stride + t] = hsum(a[r]) * g.scale * k_scale;
+    for (int r = 0; r < R; ++r) s[r * lds + t] = hsum(a[r]) * g.scale * k_scale;
   }
-  // online softmax: p = exp(s - m_new), rescale previous acc and l by exp(m_old - m_new)
+}
+
+// Scores from K transposed to fp32 kt [D][ldk]: an outer-product micro-kernel of R rows x 16
+// tokens held in registers, the chunk-first path where one chunk serves many rows.
+template <int R>
+void scores_transposed(const Geometry& g, const float* q, const float* kt, int ldk, int n, float* s, int lds) {
+  const int D = g.head_dim;
+  for (int t0 = 0; t0 < n; t0 += 16) {
+    v8f a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = splat(0.0f);
+    for (int d = 0; d < D; ++d) {
+      const v8f b0 = load8(kt + d * ldk + t0), b1 = load8(kt + d * ldk + t0 + 8);
+      for (int r = 0; r < R; ++r) {
+        const v8f x = splat(q[r * D + d]);
+        a0[r] += x * b0;
+        a1[r] += x * b1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store8(s + r * lds + t0, a0[r] * splat(g.scale));
+      store8(s + r * lds + t0 + 8, a1[r] * splat(g.scale));
+    }
+  }
+}
+
+// Online softmax over the n scores of each row: p = exp(s - m_new) * v_scale written back to s;
+// acc and l are rescaled by exp(m_old - m_new).
+template <int R>
+void softmax_update(const Geometry& g, int n, float v_scale, RowsState st, float* s, int lds) {
+  const int D = g.head_dim;
   for (int r = 0; r < R; ++r) {
-    float* sr = s + r * s_stride;
+    float* sr = s + r * lds;
     float mx = kNegInf;
     for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t]);
     for (int t = n; t < ((n + 7) & ~7); ++t) sr[t] = kNegInf;
@@ -76,7 +107,12 @@ void attend_chunk(const Geometry& g, const float* q, const KV* k, const KV* v, i
       for (int d = 0; d < D; d += 8) store8(acc + d, load8(acc + d) * splat(alpha));
     }
   }
-  // acc[r][:] += sum_t p[r][t] * v_t, 16 dims at a time in registers
+}
+
+// acc[r][:] += sum_t p[r][t] * v_t, R rows x 16 dims in registers; v_t at v + t * v_stride.
+template <int R, typename VT>
+void pv_update(const Geometry& g, const VT* v, int64_t v_stride, int n, RowsState st, const float* s, int lds) {
+  const int D = g.head_dim;
   for (int d = 0; d < D; d += 16) {
     v8f o0[R], o1[R];
     for (int r = 0; r < R; ++r) {
@@ -84,10 +120,10 @@ void attend_chunk(const Geometry& g, const float* q, const KV* k, const KV* v, i
       o1[r] = load8(st.acc + r * D + d + 8);
     }
     for (int t = 0; t < n; ++t) {
-      const KV* vt = v + t * g.token_stride + d;
+      const VT* vt = v + t * v_stride + d;
       const v8f v0 = load8(vt), v1 = load8(vt + 8);
       for (int r = 0; r < R; ++r) {
-        const v8f p = splat(s[r * s_stride + t]);
+        const v8f p = splat(s[r * lds + t]);
         o0[r] += p * v0;
         o1[r] += p * v1;
       }
@@ -99,31 +135,89 @@ void attend_chunk(const Geometry& g, const float* q, const KV* k, const KV* v, i
   }
 }
 
+template <int R, typename KV>
+void attend_direct(const Geometry& g, const float* q, const KV* k, const KV* v, int n, float k_scale,
+                   float v_scale, RowsState st, float* s, int lds) {
+  scores_direct<R>(g, q, k, n, k_scale, s, lds);
+  softmax_update<R>(g, n, v_scale, st, s, lds);
+  pv_update<R>(g, v, g.token_stride, n, st, s, lds);
+}
+
+template <int R>
+void attend_buffered(const Geometry& g, const float* q, const float* kt, int ldk, const float* vb, int n,
+                     RowsState st, float* s, int lds) {
+  scores_transposed<R>(g, q, kt, ldk, n, s, lds);
+  softmax_update<R>(g, n, 1.0f, st, s, lds);
+  pv_update<R>(g, vb, g.head_dim, n, st, s, lds);
+}
+
+// One chunk of one kv head as fp32: kt [D][ldk] transposed and scaled (columns >= n zero up to a
+// multiple of 16) and vb [n][D] scaled.
+template <typename KV>
+void load_chunk(const Geometry& g, const KV* k, const KV* v, int n, float k_scale, float v_scale, float* kt,
+                int ldk, float* vb) {
+  const int D = g.head_dim;
+  for (int t = 0; t < n; ++t) {
+    const KV* kr = k + t * g.token_stride;
+    const KV* vr = v + t * g.token_stride;
+    for (int d = 0; d < D; d += 8) {
+      const v8f x = load8(kr + d) * splat(k_scale);
+      for (int i = 0; i < 8; ++i) kt[(d + i) * ldk + t] = x[i];
+      store8(vb + t * D + d, load8(vr + d) * splat(v_scale));
+    }
+  }
+  const int padded = (n + 15) & ~15;
+  for (int d = 0; d < D && n < padded; ++d) std::fill(kt + d * ldk + n, kt + d * ldk + padded, 0.0f);
+}
+
+// Scratch of one thread for attend_chunks.
+struct Scratch {
+  float* s;   // [kMaxRowBlock][lds] scores
+  float* kt;  // [D][ldk] transposed K of the current chunk
+  float* vb;  // [chunk_size][D] V of the current chunk
+  int lds, ldk;
+};
+
 // Runs `rows` rows (any count) over a list of chunks holding num_tokens tokens of kv head kv_head.
+// Few rows read K/V in place; many rows convert each chunk once and share it across row blocks.
 template <typename KV>
 void attend_chunks(const Geometry& g, const KvPoolView& pool, int kv_head, const float* q, int rows,
-                   const int32_t* chunk_ids, int num_chunks, int num_tokens, RowsState st, float* s) {
+                   const int32_t* chunk_ids, int num_chunks, int num_tokens, RowsState st, const Scratch& sc) {
   const KV* k_pool = static_cast<const KV*>(pool.k);
   const KV* v_pool = static_cast<const KV*>(pool.v);
   const int D = g.head_dim;
+  const bool buffered = rows > kRowBlock;
   for (int c = 0; c < num_chunks; ++c) {
     const int32_t chunk = chunk_ids[c];
     const int n = std::min(g.chunk_size, num_tokens - c * g.chunk_size);
     if (n <= 0) break;
-    const int64_t base = chunk * g.chunk_stride + static_cast<int64_t>(kv_head) * D;
+    const KV* k = k_pool + chunk * g.chunk_stride + kv_head * g.head_stride;
+    const KV* v = v_pool + chunk * g.chunk_stride + kv_head * g.head_stride;
     float k_scale = 1.0f, v_scale = 1.0f;
     if (pool.k_scale != nullptr) {
       k_scale = pool.k_scale[static_cast<int64_t>(chunk) * g.num_kv_heads + kv_head];
       v_scale = pool.v_scale[static_cast<int64_t>(chunk) * g.num_kv_heads + kv_head];
     }
-    for (int r0 = 0; r0 < rows; r0 += kRowBlock) {
+    if (!buffered) {
+      switch (rows) {
+        case 4: attend_direct<4>(g, q, k, v, n, k_scale, v_scale, st, sc.s, sc.lds); break;
+        case 3: attend_direct<3>(g, q, k, v, n, k_scale, v_scale, st, sc.s, sc.lds); break;
+        case 2: attend_direct<2>(g, q, k, v, n, k_scale, v_scale, st, sc.s, sc.lds); break;
+        default: attend_direct<1>(g, q, k, v, n, k_scale, v_scale, st, sc.s, sc.lds); break;
+      }
+      continue;
+    }
+    load_chunk(g, k, v, n, k_scale, v_scale, sc.kt, sc.ldk, sc.vb);
+    for (int r0 = 0; r0 < rows; r0 += kMaxRowBlock) {
       RowsState sub{st.m + r0, st.l + r0, st.acc + static_cast<int64_t>(r0) * D};
       const float* qr = q + static_cast<int64_t>(r0) * D;
-      switch (std::min(kRowBlock, rows - r0)) {
-        case 4: attend_chunk<4>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
-        case 3: attend_chunk<3>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
-        case 2: attend_chunk<2>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
-        default: attend_chunk<1>(g, qr, k_pool + base, v_pool + base, n, k_scale, v_scale, sub, s); break;
+      switch (std::min(kMaxRowBlock, rows - r0)) {
+        case 6: attend_buffered<6>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
+        case 5: attend_buffered<5>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
+        case 4: attend_buffered<4>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
+        case 3: attend_buffered<3>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
+        case 2: attend_buffered<2>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
+        default: attend_buffered<1>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
       }
     }
   }
@@ -163,13 +257,14 @@ int decode(const KvPoolView& pool, const DecodePlanView& plan, const DecodeProbl
   g.num_kv_heads = pool.num_kv_heads;
   g.num_heads = prob.num_heads;
   g.group = prob.num_heads / pool.num_kv_heads;
-  g.token_stride = static_cast<int64_t>(pool.num_kv_heads) * pool.head_dim;
-  g.chunk_stride = g.token_stride * pool.chunk_size;
+  g.token_stride = pool.head_dim;
+  g.head_stride = static_cast<int64_t>(pool.chunk_size) * pool.head_dim;
+  g.chunk_stride = g.head_stride * pool.num_kv_heads;
   g.scale = prob.scale;
   const int D = g.head_dim, G = g.group, H = g.num_heads;
   const QT* q = static_cast<const QT*>(prob.q);
   QT* out = static_cast<QT*>(prob.out);
-  const int s_stride = (g.chunk_size + 7) & ~7;
+  const int lds = (g.chunk_size + 15) & ~15;
   const int max_rows = std::max(G, plan.max_item_seqs * G);
   const int num_item_units = plan.num_items * g.num_kv_heads;
   const int num_seq_units = plan.num_seqs * g.num_kv_heads;
@@ -177,8 +272,10 @@ int decode(const KvPoolView& pool, const DecodePlanView& plan, const DecodeProbl
 #pragma omp parallel num_threads(num_threads)
   {
     std::vector<float> qbuf(static_cast<size_t>(max_rows) * D), acc(static_cast<size_t>(max_rows) * D);
-    std::vector<float> m(max_rows), l(max_rows), s(static_cast<size_t>(kRowBlock) * s_stride);
+    std::vector<float> m(max_rows), l(max_rows), s(static_cast<size_t>(kMaxRowBlock) * lds);
+    std::vector<float> kt(static_cast<size_t>(D) * lds), vb(static_cast<size_t>(g.chunk_size) * D);
     RowsState st{m.data(), l.data(), acc.data()};
+    const Scratch sc{s.data(), kt.data(), vb.data(), lds, lds};
 
     // Phase 1, chunk-first: each (item, kv head) runs all rows of all its sequences.
 #pragma omp for schedule(dynamic, 1)
@@ -195,7 +292,7 @@ int decode(const KvPoolView& pool, const DecodePlanView& plan, const DecodeProbl
       reset(st, rows, D);
       const int32_t first = plan.item_chunk_offset[item];
       attend_chunks<KV>(g, pool, kv_head, qbuf.data(), rows, plan.item_chunk_ids + first,
-                        plan.item_chunk_offset[item + 1] - first, plan.item_num_tokens[item], st, s.data());
+                        plan.item_chunk_offset[item + 1] - first, plan.item_num_tokens[item], st, sc);
       for (int sq = seq_begin; sq < seq_end; ++sq) {
         const int64_t prow = plan.item_partial_offset[item] + sq - seq_begin;
         for (int j = 0; j < G; ++j) {
@@ -218,7 +315,7 @@ int decode(const KvPoolView& pool, const DecodePlanView& plan, const DecodeProbl
       reset(st, G, D);
       const int32_t first = plan.seq_chunk_offset[sq];
       attend_chunks<KV>(g, pool, kv_head, qbuf.data(), G, plan.seq_chunk_ids + first,
-                        plan.seq_chunk_offset[sq + 1] - first, plan.seq_num_tokens[sq], st, s.data());
+                        plan.seq_chunk_offset[sq + 1] - first, plan.seq_num_tokens[sq], st, sc);
       for (int p = plan.seq_partial_offset[sq]; p < plan.seq_partial_offset[sq + 1]; ++p) {
         const int64_t prow = plan.seq_partial_rows[p];
         for (int j = 0; j < G; ++j) {
