@@ -85,7 +85,7 @@ def native_extension():
 setup(
     name="chunkattn",
     version="0.1.0",
-    description="LLM serving with ChunkAttention: prefix-aware chunked KV cache and two-phase-partition attention",
+    description="LLM serving with ChunkAttention (prefix-aware chunked KV cache, two-phase partition)",
     packages=find_packages(include=["chunkattn_core", "chunkattn_core.*"]),
     python_requires=">=3.10",
     install_requires=[

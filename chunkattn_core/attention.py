@@ -71,7 +71,9 @@ class ChunkAttention:
         max_item_chunks: int | None = None,
     ):
         if num_heads <= 0 or num_kv_heads <= 0 or num_heads % num_kv_heads:
-            raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
+            )
         if head_dim <= 0 or head_dim % 16:
             raise ValueError(f"head_dim must be a positive multiple of 16, got {head_dim}")
         if chunk_size not in (16, 32, 64, 128):
@@ -96,7 +98,9 @@ class ChunkAttention:
         self.k_pool = torch.zeros(shape, dtype=store, device=self.device)
         self.v_pool = torch.zeros(shape, dtype=store, device=self.device)
         if self.quantized:
-            self.k_scale = torch.zeros((num_layers, max_chunks, num_kv_heads), dtype=torch.float32, device=self.device)
+            self.k_scale = torch.zeros(
+                (num_layers, max_chunks, num_kv_heads), dtype=torch.float32, device=self.device
+            )
             self.v_scale = torch.zeros_like(self.k_scale)
         self._partial_o = torch.empty(0, dtype=torch.float32, device=self.device)
         self._partial_lse = torch.empty(0, dtype=torch.float32, device=self.device)
@@ -192,7 +196,11 @@ class ChunkAttention:
 
     def write_kv(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0) -> None:
         """Stores k, v: [n, Hkv, D] at slots [n] of one layer."""
-        if k.shape != v.shape or k.shape[1:] != (self.num_kv_heads, self.head_dim) or k.shape[0] != slots.numel():
+        if (
+            k.shape != v.shape
+            or k.shape[1:] != (self.num_kv_heads, self.head_dim)
+            or k.shape[0] != slots.numel()
+        ):
             raise ValueError(
                 f"write_kv: k, v must be [{slots.numel()}, {self.num_kv_heads}, {self.head_dim}], "
                 f"got {tuple(k.shape)} and {tuple(v.shape)}"
@@ -210,7 +218,9 @@ class ChunkAttention:
     def gather_kv(self, sid: int, end: int, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of positions [0, end) of a sequence, [end, Hkv, D] in self.dtype."""
         slots = self.slots(sid, 0, end)
-        return self._gather(self.k_pool, "k_scale", slots, layer), self._gather(self.v_pool, "v_scale", slots, layer)
+        return self._gather(self.k_pool, "k_scale", slots, layer), self._gather(
+            self.v_pool, "v_scale", slots, layer
+        )
 
     # ---- attention -------------------------------------------------------------------------
 
@@ -219,14 +229,21 @@ class ChunkAttention:
         KV [0, start+n), shared prefix chunks included. q: [n, H, D] -> [n, H, D]."""
         n = q.shape[0]
         if q.dim() != 3 or q.shape[1:] != (self.num_heads, self.head_dim):
-            raise ValueError(f"prefill: q must be [n, {self.num_heads}, {self.head_dim}], got {tuple(q.shape)}")
+            raise ValueError(
+                f"prefill: q must be [n, {self.num_heads}, {self.head_dim}], got {tuple(q.shape)}"
+            )
         end = start + n
         if start < 0 or end > self.num_tokens(sid):
-            raise ValueError(f"prefill: positions [{start}, {end}) outside a sequence of {self.num_tokens(sid)} tokens")
+            raise ValueError(
+                f"prefill: positions [{start}, {end}) outside a sequence of {self.num_tokens(sid)} tokens"
+            )
         k, v = self.gather_kv(sid, end, layer)
         mask = None
         if start > 0:  # query i sits at position start + i and sees keys 0 .. start + i
-            mask = torch.arange(end, device=q.device)[None, :] <= torch.arange(start, end, device=q.device)[:, None]
+            mask = (
+                torch.arange(end, device=q.device)[None, :]
+                <= torch.arange(start, end, device=q.device)[:, None]
+            )
         out = F.scaled_dot_product_attention(
             q.to(self.dtype).transpose(0, 1).unsqueeze(0),
             k.transpose(0, 1).unsqueeze(0),
@@ -257,7 +274,9 @@ class ChunkAttention:
         out = torch.empty_like(q)
         rows = plan.num_partial_rows
         if self._partial_lse.numel() < rows * self.num_heads:
-            self._partial_o = torch.empty((rows, self.num_heads, self.head_dim), dtype=torch.float32, device=self.device)
+            self._partial_o = torch.empty(
+                (rows, self.num_heads, self.head_dim), dtype=torch.float32, device=self.device
+            )
             self._partial_lse = torch.empty((rows, self.num_heads), dtype=torch.float32, device=self.device)
         _C.decode_attention(
             q,
@@ -282,8 +301,10 @@ class ChunkAttention:
         if self.num_layers == 1 and x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[0] != self.num_layers or x.shape[1:] != expected:
-            raise ValueError(f"k/v must be {'[L, ' if self.num_layers > 1 else '['}{n}, "
-                             f"{self.num_kv_heads}, {self.head_dim}] (L={self.num_layers}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"k/v must be {'[L, ' if self.num_layers > 1 else '['}{n}, "
+                f"{self.num_kv_heads}, {self.head_dim}] (L={self.num_layers}), got {tuple(x.shape)}"
+            )
         return x
 
     def _device_plan(self, plan) -> torch.Tensor | None:
@@ -302,7 +323,9 @@ class ChunkAttention:
         scale = getattr(self, scale_name)[layer][chunks]  # [n, Hkv]
         return (values.float() * scale[:, :, None]).to(self.dtype)
 
-    def _write_quantized(self, pool: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    def _write_quantized(
+        self, pool: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, x: torch.Tensor
+    ) -> None:
         # pool: [N, Hkv, C, D] int8, scale: [N, Hkv]; one symmetric scale per (chunk, kv head).
         # A chunk's scale only grows, at least doubling each time, and the tokens already in the chunk
         # are requantised then: the rounding errors of all requantisations sum to at most one final

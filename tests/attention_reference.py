@@ -16,7 +16,9 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 def naive_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
     """q: [m, H, D] at positions start..start+m-1; k, v: [start+m, Hkv, D] -> [m, H, D] fp32."""
-    return torch.stack([naive_attention(q[i], k[: start + i + 1], v[: start + i + 1]) for i in range(q.shape[0])])
+    return torch.stack(
+        [naive_attention(q[i], k[: start + i + 1], v[: start + i + 1]) for i in range(q.shape[0])]
+    )
 
 
 TOLERANCE = {  # (atol, rtol) of the kernel output against the fp32 reference, by storage dtype

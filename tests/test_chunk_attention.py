@@ -8,15 +8,34 @@ from conftest import DEVICES
 from chunkattn_core import ChunkAttention
 
 
-def build(batch, shared_len, private_len, *, heads=(9, 3), head_dim=64, chunk_size=64, dtype=torch.float32,
-          device="cpu", seed=0, kv_dtype=None):
+def build(
+    batch,
+    shared_len,
+    private_len,
+    *,
+    heads=(9, 3),
+    head_dim=64,
+    chunk_size=64,
+    dtype=torch.float32,
+    device="cpu",
+    seed=0,
+    kv_dtype=None,
+):
     """`batch` sequences sharing `shared_len` tokens, each with `private_len` tokens of its own."""
     num_heads, num_kv_heads = heads
     gen = torch.Generator().manual_seed(seed)
     total = shared_len + private_len
     chunks = (shared_len // chunk_size + 1) + batch * ((private_len + chunk_size) // chunk_size + 1)
-    attn = ChunkAttention(num_heads, num_kv_heads, head_dim, chunk_size=chunk_size, max_chunks=chunks,
-                          dtype=dtype, device=device, kv_dtype=kv_dtype)
+    attn = ChunkAttention(
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        chunk_size=chunk_size,
+        max_chunks=chunks,
+        dtype=dtype,
+        device=device,
+        kv_dtype=kv_dtype,
+    )
     shared_k = torch.randn(shared_len, num_kv_heads, head_dim, generator=gen)
     shared_v = torch.randn(shared_len, num_kv_heads, head_dim, generator=gen)
     kv = {}
@@ -64,8 +83,9 @@ def test_decode_shapes(batch, shared_len, private_len, device):
 def test_decode_heads_dtypes_chunks(chunk_size, heads, head_dim, dtype, device):
     if device == "cuda" and dtype == torch.float32:
         pytest.skip("the CUDA kernels run fp16/bf16")
-    attn, kv, q = build(5, 130, 17, heads=heads, head_dim=head_dim, chunk_size=chunk_size, dtype=dtype,
-                        device=device)
+    attn, kv, q = build(
+        5, 130, 17, heads=heads, head_dim=head_dim, chunk_size=chunk_size, dtype=dtype, device=device
+    )
     check_decode(attn, kv, q, dtype)
     release(attn)
 
@@ -141,8 +161,9 @@ def test_multilayer_add_append_decode():
     q = torch.randn(1, 4, 32, generator=gen)
     for layer in range(3):
         kk, vv = torch.cat([k[layer], k1[layer][None]]), torch.cat([v[layer], v1[layer][None]])
-        torch.testing.assert_close(attn.decode(q, layer=layer)[0], naive_attention(q[0], kk, vv),
-                                   atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(
+            attn.decode(q, layer=layer)[0], naive_attention(q[0], kk, vv), atol=2e-5, rtol=2e-5
+        )
     with pytest.raises(ValueError, match="must be"):
         attn.add_sequence(range(5), k[0, :5], v[0, :5])  # missing the layer dimension
     release(attn)

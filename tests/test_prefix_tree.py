@@ -20,13 +20,13 @@ def tree(num_chunks=16, share=True):
 @pytest.mark.parametrize(
     "sequences, chunks_used, shared_tokens, cached_of_last",
     [
-        ([[1, 2, 3]], 1, 0, 0),                                    # one partial chunk
-        ([[1, 2, 3, 4]], 1, 0, 0),                                 # one full chunk
-        ([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], 3, 4, 4),             # full chunk shared, tails private
-        ([[1, 2, 3], [1, 2, 3]], 2, 0, 0),                         # partial chunks are never shared
-        ([[1, 2, 3, 4], [1, 2, 3, 4]], 1, 4, 4),                   # identical full sequences share all
+        ([[1, 2, 3]], 1, 0, 0),  # one partial chunk
+        ([[1, 2, 3, 4]], 1, 0, 0),  # one full chunk
+        ([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], 3, 4, 4),  # full chunk shared, tails private
+        ([[1, 2, 3], [1, 2, 3]], 2, 0, 0),  # partial chunks are never shared
+        ([[1, 2, 3, 4], [1, 2, 3, 4]], 1, 4, 4),  # identical full sequences share all
         ([[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 0]], 4, 4, 4),  # diverge in chunk 2
-        ([[9, 2, 3, 4, 5], [1, 2, 3, 4, 5]], 4, 0, 0),             # first token differs: nothing shared
+        ([[9, 2, 3, 4, 5], [1, 2, 3, 4, 5]], 4, 0, 0),  # first token differs: nothing shared
         ([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8, 1]], 3, 8, 8),
     ],
 )
@@ -129,8 +129,9 @@ class RandomTrees(RuleBasedStateMachine):
 
     @initialize(num_chunks=st.integers(8, 40))
     def setup(self, num_chunks):
-        self.attn = ChunkAttention(self.H, self.HKV, self.D, chunk_size=self.CHUNK, max_chunks=num_chunks,
-                                   dtype=torch.float32)
+        self.attn = ChunkAttention(
+            self.H, self.HKV, self.D, chunk_size=self.CHUNK, max_chunks=num_chunks, dtype=torch.float32
+        )
         self.gen = torch.Generator().manual_seed(num_chunks)
         self.token_kv = {}  # (position, token prefix hash) -> kv, so equal prefixes have equal KV
         self.seqs = {}  # sid -> (tokens, k, v)
@@ -140,13 +141,17 @@ class RandomTrees(RuleBasedStateMachine):
         for i in range(len(tokens)):
             key = tuple(tokens[: i + 1])
             if key not in self.token_kv:
-                self.token_kv[key] = (torch.randn(self.HKV, self.D, generator=self.gen),
-                                      torch.randn(self.HKV, self.D, generator=self.gen))
+                self.token_kv[key] = (
+                    torch.randn(self.HKV, self.D, generator=self.gen),
+                    torch.randn(self.HKV, self.D, generator=self.gen),
+                )
             ks.append(self.token_kv[key][0])
             vs.append(self.token_kv[key][1])
         return torch.stack(ks), torch.stack(vs)
 
-    @rule(group=st.integers(0, 3), sub=st.integers(0, 2), prefix_len=st.integers(0, 50), tail=st.integers(1, 20))
+    @rule(
+        group=st.integers(0, 3), sub=st.integers(0, 2), prefix_len=st.integers(0, 50), tail=st.integers(1, 20)
+    )
     def add(self, group, sub, prefix_len, tail):
         base = [group] * 20 + [group * 10 + sub] * 30  # groups share 20 tokens, subgroups 50
         tokens = base[:prefix_len] + [1000 + len(self.token_kv) + i for i in range(tail)]
@@ -190,7 +195,9 @@ class RandomTrees(RuleBasedStateMachine):
         assert sorted(order) == sorted(self.seqs)
         q = torch.randn(len(order), self.H, self.D, generator=self.gen)
         out = self.attn.decode(q, partition=partition)
-        ref = torch.stack([naive_attention(q[r], self.seqs[s][1], self.seqs[s][2]) for r, s in enumerate(order)])
+        ref = torch.stack(
+            [naive_attention(q[r], self.seqs[s][1], self.seqs[s][2]) for r, s in enumerate(order)]
+        )
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
     @invariant()
@@ -206,5 +213,6 @@ class RandomTrees(RuleBasedStateMachine):
 
 
 TestRandomTrees = RandomTrees.TestCase
-TestRandomTrees.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
-                                    suppress_health_check=[HealthCheck.too_slow])
+TestRandomTrees.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)

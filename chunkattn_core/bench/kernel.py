@@ -65,20 +65,41 @@ def measure_bandwidth_gbps(device: torch.device, gib: float = 1.0) -> float:
     return x.numel() * 4 / (ms * 1e-3) / 1e9
 
 
-def run_case(heads: str, batch: int, shared: int, private: int, dtype: torch.dtype, device: torch.device,
-             chunk_size: int, bandwidth: float, warmup: int, repeats: int) -> Row:
+def run_case(
+    heads: str,
+    batch: int,
+    shared: int,
+    private: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    chunk_size: int,
+    bandwidth: float,
+    warmup: int,
+    repeats: int,
+) -> Row:
     num_heads, num_kv_heads, head_dim = HEAD_SHAPES[heads]
     gen = torch.Generator(device="cpu").manual_seed(0)
     max_chunks = shared // chunk_size + 1 + batch * (private // chunk_size + 2)
-    attn = ChunkAttention(num_heads, num_kv_heads, head_dim, chunk_size=chunk_size, max_chunks=max_chunks,
-                          dtype=dtype, device=device)
+    attn = ChunkAttention(
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        chunk_size=chunk_size,
+        max_chunks=max_chunks,
+        dtype=dtype,
+        device=device,
+    )
     shared_k = torch.randn(shared, num_kv_heads, head_dim, generator=gen).to(device, dtype)
     shared_v = torch.randn(shared, num_kv_heads, head_dim, generator=gen).to(device, dtype)
     full_k, full_v = [], []
     for b in range(batch):
         tokens = list(range(shared)) + [1_000_000 + b * private + i for i in range(private)]
-        k = torch.cat([shared_k, torch.randn(private, num_kv_heads, head_dim, generator=gen).to(device, dtype)])
-        v = torch.cat([shared_v, torch.randn(private, num_kv_heads, head_dim, generator=gen).to(device, dtype)])
+        k = torch.cat(
+            [shared_k, torch.randn(private, num_kv_heads, head_dim, generator=gen).to(device, dtype)]
+        )
+        v = torch.cat(
+            [shared_v, torch.randn(private, num_kv_heads, head_dim, generator=gen).to(device, dtype)]
+        )
         attn.add_sequence(tokens, k, v)
         full_k.append(k.transpose(0, 1))
         full_v.append(v.transpose(0, 1))
@@ -99,15 +120,32 @@ def run_case(heads: str, batch: int, shared: int, private: int, dtype: torch.dty
     sdpa_ms = median_ms(sdpa, device, warmup, repeats)
     unique_bytes = (shared + batch * private) * num_kv_heads * head_dim * 2 * attn.k_pool.element_size()
     achieved = unique_bytes / (chunk_ms * 1e-3) / 1e9
-    return Row(heads, batch, shared, private, str(dtype).replace("torch.", ""), chunk_ms, seq_first_ms, sdpa_ms,
-               sdpa_ms / chunk_ms, seq_first_ms / chunk_ms, unique_bytes / 1e9, achieved, achieved / bandwidth)
+    return Row(
+        heads,
+        batch,
+        shared,
+        private,
+        str(dtype).replace("torch.", ""),
+        chunk_ms,
+        seq_first_ms,
+        sdpa_ms,
+        sdpa_ms / chunk_ms,
+        seq_first_ms / chunk_ms,
+        unique_bytes / 1e9,
+        achieved,
+        achieved / bandwidth,
+    )
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("kernel", help="decode attention: ChunkAttention vs SDPA on the paper's shapes")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="default: float32 on cpu, float16 on cuda")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="default: float32 on cpu, float16 on cuda",
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--shared", default="0,1024,2048,4096", help="comma-separated shared token counts")
     p.add_argument("--private", default="64,512", help="comma-separated private token counts")
@@ -133,23 +171,47 @@ def run(args: argparse.Namespace) -> int:
     bandwidth = measure_bandwidth_gbps(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name} ({torch.get_num_threads()} threads), measured read bandwidth {bandwidth:.1f} GB/s")
-    header = (f"{'heads':>15} {'batch':>5} {'shared':>6} {'private':>7} {'dtype':>8} {'chunk ms':>9} "
-              f"{'seqfirst ms':>11} {'sdpa ms':>9} {'x sdpa':>7} {'x seqfirst':>10} {'GB/s':>7} {'of bw':>6}")
+    header = (
+        f"{'heads':>15} {'batch':>5} {'shared':>6} {'private':>7} {'dtype':>8} {'chunk ms':>9} "
+        f"{'seqfirst ms':>11} {'sdpa ms':>9} {'x sdpa':>7} {'x seqfirst':>10} {'GB/s':>7} {'of bw':>6}"
+    )
     print(header)
     rows = []
     for h in heads:
         for shared in map(int, args.shared.split(",")):
             for private in map(int, args.private.split(",")):
-                row = run_case(h, args.batch, shared, private, dtype, device, args.chunk_size, bandwidth,
-                               args.warmup, args.repeats)
+                row = run_case(
+                    h,
+                    args.batch,
+                    shared,
+                    private,
+                    dtype,
+                    device,
+                    args.chunk_size,
+                    bandwidth,
+                    args.warmup,
+                    args.repeats,
+                )
                 rows.append(row)
-                print(f"{row.heads:>15} {row.batch:>5} {row.shared_tokens:>6} {row.private_tokens:>7} "
-                      f"{row.dtype:>8} {row.chunk_ms:>9.3f} {row.seq_first_ms:>11.3f} {row.sdpa_ms:>9.3f} "
-                      f"{row.speedup_vs_sdpa:>7.2f} {row.speedup_vs_seq_first:>10.2f} {row.achieved_gbps:>7.1f} "
-                      f"{row.bandwidth_fraction:>6.0%}", flush=True)
+                print(
+                    f"{row.heads:>15} {row.batch:>5} {row.shared_tokens:>6} {row.private_tokens:>7} "
+                    f"{row.dtype:>8} {row.chunk_ms:>9.3f} {row.seq_first_ms:>11.3f} {row.sdpa_ms:>9.3f} "
+                    f"{row.speedup_vs_sdpa:>7.2f} {row.speedup_vs_seq_first:>10.2f} "
+                    f"{row.achieved_gbps:>7.1f} {row.bandwidth_fraction:>6.0%}",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "bandwidth_gbps": bandwidth, "rows": [asdict(r) for r in rows]}, f, indent=2)
+            json.dump(
+                {
+                    "device": name,
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "bandwidth_gbps": bandwidth,
+                    "rows": [asdict(r) for r in rows],
+                },
+                f,
+                indent=2,
+            )
         print(f"wrote {args.json}")
     return 0
