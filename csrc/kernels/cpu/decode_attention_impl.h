@@ -89,9 +89,10 @@ void softmax_update(const Geometry& g, int n, float v_scale, RowsState st, float
   const int D = g.head_dim;
   for (int r = 0; r < R; ++r) {
     float* sr = s + r * lds;
-    float mx = kNegInf;
-    for (int t = 0; t < n; ++t) mx = std::max(mx, sr[t]);
     for (int t = n; t < ((n + 7) & ~7); ++t) sr[t] = kNegInf;
+    v8f vmx = splat(kNegInf);
+    for (int t = 0; t < n; t += 8) vmx = vmax(vmx, load8(sr + t));
+    const float mx = hmax(vmx);
     const float m_new = std::max(st.m[r], mx);
     const float alpha = st.m[r] == kNegInf ? 0.0f : std::exp(st.m[r] - m_new);
     v8f sum = splat(0.0f);
@@ -157,14 +158,23 @@ template <typename KV>
 void load_chunk(const Geometry& g, const KV* k, const KV* v, int n, float k_scale, float v_scale, float* kt,
                 int ldk, float* vb) {
   const int D = g.head_dim;
-  for (int t = 0; t < n; ++t) {
-    const KV* kr = k + t * g.token_stride;
-    const KV* vr = v + t * g.token_stride;
+  int t = 0;
+  for (; t + 8 <= n; t += 8) {  // 8 tokens x 8 dims at a time, transposed in registers
     for (int d = 0; d < D; d += 8) {
-      const v8f x = load8(kr + d) * splat(k_scale);
-      for (int i = 0; i < 8; ++i) kt[(d + i) * ldk + t] = x[i];
-      store8(vb + t * D + d, load8(vr + d) * splat(v_scale));
+      v8f x[8];
+      for (int i = 0; i < 8; ++i) x[i] = load8(k + (t + i) * g.token_stride + d) * splat(k_scale);
+      transpose8(x);
+      for (int i = 0; i < 8; ++i) store8(kt + (d + i) * ldk + t, x[i]);
     }
+  }
+  for (; t < n; ++t) {
+    for (int d = 0; d < D; d += 8) {
+      const v8f x = load8(k + t * g.token_stride + d) * splat(k_scale);
+      for (int i = 0; i < 8; ++i) kt[(d + i) * ldk + t] = x[i];
+    }
+  }
+  for (int tv = 0; tv < n; ++tv) {
+    for (int d = 0; d < D; d += 8) store8(vb + tv * D + d, load8(v + tv * g.token_stride + d) * splat(v_scale));
   }
   const int padded = (n + 15) & ~15;
   for (int d = 0; d < D && n < padded; ++d) std::fill(kt + d * ldk + n, kt + d * ldk + padded, 0.0f);
