@@ -43,20 +43,35 @@ struct RowsState {
 // ---- one block of R rows against one chunk: scores, online softmax, P·V ------------------------
 
 // Scores from K read straight from the pool, one dot product per (row, token): the sequence-first
-// path, where a chunk serves only the G query heads of one sequence.
+// path, where a chunk serves only the G query heads of one sequence. T tokens are scored together
+// so that R x T independent FMA chains hide the FMA latency.
+template <int R, int T, typename KV>
+int scores_direct_block(const Geometry& g, const float* q, const KV* k, int t, int n, float k_scale, float* s,
+                        int lds) {
+  const int D = g.head_dim;
+  for (; t + T <= n; t += T) {
+    v8f a[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < T; ++j) a[r][j] = splat(0.0f);
+    for (int d = 0; d < D; d += 8) {
+      v8f kb[T];
+      for (int j = 0; j < T; ++j) kb[j] = load8(k + (t + j) * g.token_stride + d);
+      for (int r = 0; r < R; ++r) {
+        const v8f qr = load8(q + r * D + d);
+        for (int j = 0; j < T; ++j) a[r][j] += qr * kb[j];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < T; ++j) s[r * lds + t + j] = hsum(a[r][j]) * g.scale * k_scale;
+  }
+  return t;
+}
+
 template <int R, typename KV>
 void scores_direct(const Geometry& g, const float* q, const KV* k, int n, float k_scale, float* s, int lds) {
-  const int D = g.head_dim;
-  for (int t = 0; t < n; ++t) {
-    const KV* kt = k + t * g.token_stride;
-    v8f a[R];
-    for (int r = 0; r < R; ++r) a[r] = splat(0.0f);
-    for (int d = 0; d < D; d += 8) {
-      const v8f kb = load8(kt + d);
-      for (int r = 0; r < R; ++r) a[r] += load8(q + r * D + d) * kb;
-    }
-    for (int r = 0; r < R; ++r) s[r * lds + t] = hsum(a[r]) * g.scale * k_scale;
-  }
+  constexpr int T = R == 1 ? 4 : 2;
+  const int t = scores_direct_block<R, T>(g, q, k, 0, n, k_scale, s, lds);
+  scores_direct_block<R, 1>(g, q, k, t, n, k_scale, s, lds);
 }
 
 // Scores from K transposed to fp32 kt [D][ldk]: an outer-product micro-kernel of R rows x 16
@@ -110,30 +125,36 @@ void softmax_update(const Geometry& g, int n, float v_scale, RowsState st, float
   }
 }
 
-// acc[r][:] += sum_t p[r][t] * v_t, R rows x 16 dims in registers; v_t at v + t * v_stride.
-template <int R, typename VT>
-void pv_update(const Geometry& g, const VT* v, int64_t v_stride, int n, RowsState st, const float* s, int lds) {
+// acc[r][:] += sum_t p[r][t] * v_t for R rows x W dims held in registers (R x W/8 independent FMA
+// chains: W is wider when R is small); v_t at v + t * v_stride.
+template <int R, int W, typename VT>
+void pv_update_width(const Geometry& g, const VT* v, int64_t v_stride, int n, RowsState st, const float* s,
+                     int lds) {
+  constexpr int V = W / 8;
   const int D = g.head_dim;
-  for (int d = 0; d < D; d += 16) {
-    v8f o0[R], o1[R];
-    for (int r = 0; r < R; ++r) {
-      o0[r] = load8(st.acc + r * D + d);
-      o1[r] = load8(st.acc + r * D + d + 8);
-    }
+  for (int d = 0; d < D; d += W) {
+    v8f o[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < V; ++i) o[r][i] = load8(st.acc + r * D + d + 8 * i);
     for (int t = 0; t < n; ++t) {
       const VT* vt = v + t * v_stride + d;
-      const v8f v0 = load8(vt), v1 = load8(vt + 8);
+      v8f vv[V];
+      for (int i = 0; i < V; ++i) vv[i] = load8(vt + 8 * i);
       for (int r = 0; r < R; ++r) {
         const v8f p = splat(s[r * lds + t]);
-        o0[r] += p * v0;
-        o1[r] += p * v1;
+        for (int i = 0; i < V; ++i) o[r][i] += p * vv[i];
       }
     }
-    for (int r = 0; r < R; ++r) {
-      store8(st.acc + r * D + d, o0[r]);
-      store8(st.acc + r * D + d + 8, o1[r]);
-    }
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < V; ++i) store8(st.acc + r * D + d + 8 * i, o[r][i]);
   }
+}
+
+template <int R, typename VT>
+void pv_update(const Geometry& g, const VT* v, int64_t v_stride, int n, RowsState st, const float* s, int lds) {
+  if (R == 1 && g.head_dim % 64 == 0) return pv_update_width<R, 64>(g, v, v_stride, n, st, s, lds);
+  if (R == 2 && g.head_dim % 32 == 0) return pv_update_width<R, 32>(g, v, v_stride, n, st, s, lds);
+  pv_update_width<R, 16>(g, v, v_stride, n, st, s, lds);
 }
 
 template <int R, typename KV>
@@ -218,10 +239,14 @@ void attend_chunks(const Geometry& g, const KvPoolView& pool, int kv_head, const
       continue;
     }
     load_chunk(g, k, v, n, k_scale, v_scale, sc.kt, sc.ldk, sc.vb);
-    for (int r0 = 0; r0 < rows; r0 += kMaxRowBlock) {
+    // Balanced row blocks (32 rows -> 6,6,5,5,5,5): a small tail block would be latency-bound.
+    const int num_blocks = (rows + kMaxRowBlock - 1) / kMaxRowBlock;
+    for (int b = 0, r0 = 0; b < num_blocks; ++b) {
+      const int block_rows = rows / num_blocks + (b < rows % num_blocks ? 1 : 0);
       RowsState sub{st.m + r0, st.l + r0, st.acc + static_cast<int64_t>(r0) * D};
       const float* qr = q + static_cast<int64_t>(r0) * D;
-      switch (std::min(kMaxRowBlock, rows - r0)) {
+      r0 += block_rows;
+      switch (block_rows) {
         case 6: attend_buffered<6>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
         case 5: attend_buffered<5>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
         case 4: attend_buffered<4>(g, qr, sc.kt, sc.ldk, sc.vb, n, sub, sc.s, sc.lds); break;
