@@ -29,13 +29,14 @@ def find_nvcc():
 
 
 def check_archs(nvcc):
-    """Architectures for the compile-only check: TORCH_CUDA_ARCH_LIST, else the oldest sm >= 80."""
+    """Architectures for the compile-only check: TORCH_CUDA_ARCH_LIST, else the oldest sm >= 80 and
+    sm_90 (Hopper), where this nvcc knows them."""
     listed = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if listed:
         return [a.replace(".", "").replace("+PTX", "") for a in listed.replace(";", " ").split()]
     out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True).stdout.split()
     archs = sorted(int(a.split("_")[1]) for a in out if a.startswith("compute_") and a[8:].isdigit())
-    return [str(next(a for a in archs if a >= 80))]
+    return sorted({str(next(a for a in archs if a >= 80))} | ({"90"} if 90 in archs else set()))
 
 
 class BuildExt(BuildExtension):
