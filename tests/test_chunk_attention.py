@@ -81,8 +81,6 @@ def test_decode_shapes(batch, shared_len, private_len, device):
 @pytest.mark.parametrize("heads", [(9, 3), (32, 8), (32, 32)])
 @pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
 def test_decode_heads_dtypes_chunks(chunk_size, heads, head_dim, dtype, device):
-    if device == "cuda" and dtype == torch.float32:
-        pytest.skip("the CUDA kernels run fp16/bf16")
     attn, kv, q = build(
         5, 130, 17, heads=heads, head_dim=head_dim, chunk_size=chunk_size, dtype=dtype, device=device
     )
