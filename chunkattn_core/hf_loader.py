@@ -8,11 +8,11 @@ tokenizer_config.json / chat_template.jinja / generation_config.json. Nothing is
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import torch
 
+from chunkattn_core.json_files import read_json_object
 from chunkattn_core.model_config import ModelConfig
 from chunkattn_core.tokenizer import Tokenizer
 
@@ -35,8 +35,8 @@ def load_hf_dir(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.T
             f"{path} has no config.json: expected a Hugging Face Llama checkpoint directory "
             "(config.json + *.safetensors + tokenizer.json) or a path to a .gguf file"
         )
-    generation = _read_json(os.path.join(path, "generation_config.json"), required=False)
-    config = config_from_hf(_read_json(config_file), generation, config_file)
+    generation = read_json_object(os.path.join(path, "generation_config.json"), required=False)
+    config = config_from_hf(read_json_object(config_file), generation, config_file)
     tokenizer = Tokenizer.from_pretrained_dir(path, extra_eos_token_ids=config.eos_token_ids)
     if tokenizer.bos_token_id is None and config.bos_token_id is not None:
         tokenizer.bos_token_id = config.bos_token_id
@@ -94,7 +94,7 @@ def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
 
     index_file = os.path.join(path, _INDEX_FILE)
     if os.path.isfile(index_file):
-        weight_map = _read_json(index_file).get("weight_map")
+        weight_map = read_json_object(index_file).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index_file}: missing or empty 'weight_map'")
         files = sorted({os.path.join(path, name) for name in weight_map.values()})
@@ -114,21 +114,6 @@ def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise ValueError(f"cannot read {file}: {exc}") from exc
     return weights
-
-
-def _read_json(file: str, required: bool = True) -> dict:
-    if not os.path.isfile(file):
-        if required:
-            raise FileNotFoundError(f"missing {file}")
-        return {}
-    try:
-        with open(file, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot parse {file}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{file} must hold a JSON object")
-    return value
 
 
 def _id_list(value) -> list[int]:

@@ -20,6 +20,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 
+from chunkattn_core.json_files import read_json_object
+
 # Tokens that end an assistant turn in common chat formats; added to eos_token_ids when special.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "</s>")
 
@@ -138,7 +140,7 @@ class Tokenizer:
             backend = BackendTokenizer.from_file(tokenizer_file)
         except Exception as exc:
             raise ValueError(f"cannot read {tokenizer_file}: {exc}") from exc
-        config = _read_json(os.path.join(path, "tokenizer_config.json"))
+        config = read_json_object(os.path.join(path, "tokenizer_config.json"), required=False)
         chat_template = config.get("chat_template")
         if isinstance(chat_template, list):  # [{"name": ..., "template": ...}]
             named = {item.get("name"): item.get("template") for item in chat_template}
@@ -234,16 +236,3 @@ def _compile_template(source: str) -> jinja2.Template:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as exc:
         raise ValueError(f"malformed chat template: {exc}") from exc
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot parse {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return value
