@@ -184,9 +184,23 @@ class ChunkAttention:
 
     @property
     def bytes_per_chunk(self) -> int:
-        per_layer = self.chunk_size * self.num_kv_heads * self.head_dim * self.k_pool.element_size() * 2
-        scales = 2 * self.num_kv_heads * 4 if self.quantized else 0
-        return (per_layer + scales) * self.num_layers
+        return self.chunk_bytes(
+            self.num_layers, self.num_kv_heads, self.head_dim, self.chunk_size, self.dtype, self.quantized
+        )
+
+    @staticmethod
+    def chunk_bytes(
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        chunk_size: int,
+        dtype: torch.dtype,
+        quantized: bool = False,
+    ) -> int:
+        """Bytes of one chunk: K and V of every layer, plus the int8 scales when quantized."""
+        element_size = 1 if quantized else dtype.itemsize
+        per_layer = 2 * num_kv_heads * (chunk_size * head_dim * element_size + (4 if quantized else 0))
+        return per_layer * num_layers
 
     # ---- KV I/O --------------------------------------------------------------------------------
 

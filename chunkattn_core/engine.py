@@ -71,12 +71,8 @@ class Engine:
         self.model, self.tokenizer, self.model_config = loaded.model, loaded.tokenizer, loaded.config
         mc = self.model_config
         kv_dtype = torch.int8 if config.kv_int8 else None
-        element_size = 1 if config.kv_int8 else config.torch_dtype.itemsize
-        bytes_per_chunk = (
-            mc.num_layers
-            * 2
-            * mc.num_kv_heads
-            * (config.chunk_size * mc.head_dim * element_size + (4 if config.kv_int8 else 0))
+        bytes_per_chunk = ChunkAttention.chunk_bytes(
+            mc.num_layers, mc.num_kv_heads, mc.head_dim, config.chunk_size, config.torch_dtype, config.kv_int8
         )
         self.attn = ChunkAttention(
             num_heads=mc.num_heads,

@@ -87,6 +87,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &chunkattn::decode_attention, py::arg("q"), py::arg("k_pool"), py::arg("v_pool"),
         py::arg("k_scale"), py::arg("v_scale"), py::arg("plan"), py::arg("plan_packed"), py::arg("out"),
         py::arg("partial_o"), py::arg("partial_lse"), py::arg("scale"), py::arg("num_threads"));
+  m.def("small_batch_linear", &chunkattn::small_batch_linear, py::arg("x"), py::arg("weight"), py::arg("out"),
+        py::arg("num_threads"));
   m.def("cpu_has_avx2", &chunkattn::cpu::has_avx2);
   m.def("built_with_cuda", &chunkattn::built_with_cuda);
 }

@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include "kernels/cpu/decode_attention.h"
+#include "kernels/cpu/small_batch_linear.h"
 #ifdef CHUNKATTN_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -109,6 +110,23 @@ void decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool, const
   }
   TORCH_CHECK(status == kOk, "decode: ", status_message(status), " (dtype ", q.scalar_type(), "/",
               k_pool.scalar_type(), ", head_dim ", head_dim, ", chunk_size ", chunk_size, ", device ", q.device(), ")");
+}
+
+void small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight, torch::Tensor& out, int64_t num_threads) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && out.dim() == 2, "small_batch_linear: 2-D tensors expected");
+  const int64_t rows = x.size(0), k = x.size(1), n = weight.size(0);
+  TORCH_CHECK(rows >= 1 && rows <= cpu::kMaxLinearRows, "small_batch_linear: 1 to ", cpu::kMaxLinearRows,
+              " rows, got ", rows);
+  TORCH_CHECK(weight.size(1) == k && k % 8 == 0, "small_batch_linear: weight [n, ", k,
+              "] with k a multiple of 8 expected, got ", weight.sizes());
+  TORCH_CHECK(out.size(0) == rows && out.size(1) == n, "small_batch_linear: out must be [", rows, ", ", n, "]");
+  for (const torch::Tensor* t : std::initializer_list<const torch::Tensor*>{&x, &weight, &out}) {
+    TORCH_CHECK(t->is_cpu() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(),
+                "small_batch_linear: contiguous float32 CPU tensors expected");
+  }
+  const int status = cpu::small_batch_linear(x.data_ptr<float>(), static_cast<int>(rows), weight.data_ptr<float>(), n,
+                                             k, out.data_ptr<float>(), static_cast<int>(std::max<int64_t>(1, num_threads)));
+  TORCH_CHECK(status == kOk, "small_batch_linear: ", status_message(status));
 }
 
 bool built_with_cuda() {

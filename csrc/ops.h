@@ -17,6 +17,10 @@ void decode_attention(const torch::Tensor& q, const torch::Tensor& k_pool, const
                       const KernelPlan& plan, const std::optional<torch::Tensor>& plan_packed, torch::Tensor& out,
                       torch::Tensor& partial_o, torch::Tensor& partial_lse, double scale, int64_t num_threads);
 
+// out = x weight^T for 1..8 rows of x, fp32 on the CPU (the decode-step linear layers): x [rows, k],
+// weight [n, k], out [rows, n]; k a multiple of 8.
+void small_batch_linear(const torch::Tensor& x, const torch::Tensor& weight, torch::Tensor& out, int64_t num_threads);
+
 bool built_with_cuda();
 
 }  // namespace chunkattn

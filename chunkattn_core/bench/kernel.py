@@ -58,6 +58,17 @@ def median_ms(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def measure_bandwidth_gbps(device: torch.device, gib: float = 1.0) -> float:
     """Read bandwidth: median time to sum a `gib` GiB tensor."""
     x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
@@ -169,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"chunkattn bench kernel: unknown --heads {h!r}; choose from {list(HEAD_SHAPES)}")
             return 2
     bandwidth = measure_bandwidth_gbps(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {name} ({torch.get_num_threads()} threads), measured read bandwidth {bandwidth:.1f} GB/s")
     header = (
         f"{'heads':>15} {'batch':>5} {'shared':>6} {'private':>7} {'dtype':>8} {'chunk ms':>9} "
