@@ -22,11 +22,15 @@ test: install build
 run: install build
 	chunkattn generate --system "You are a concise assistant." --max-tokens 64 "What is a prefix tree?"
 
+# The commands behind the README's benchmark tables.
 bench-kernel: install build
-	chunkattn bench kernel --device cpu --json benchmarks/kernel_cpu.json
+	chunkattn bench kernel --device cpu --repeats 9 --json benchmarks/kernel_cpu.json
 
 bench-e2e: install build
-	chunkattn bench e2e --json benchmarks/e2e_cpu.json
+	chunkattn bench e2e --shared-tokens 1300 --batch-sizes 1,4,8 --new-tokens 64 --repeats 3 \
+		--json benchmarks/e2e_cpu_1300.json
+	chunkattn bench e2e --shared-tokens 2048 --batch-sizes 1,4,8 --new-tokens 128 --repeats 2 --int8 \
+		--json benchmarks/e2e_cpu_2048.json
 
 clean:
 	rm -rf build chunkattn_core/_C*.so *.egg-info
